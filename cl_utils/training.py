@@ -1,0 +1,290 @@
+"""Training and evaluation over device tensors: no DataLoader, no per-sample loop, no host sync per step.
+
+:func:`train` fits a model to one task (or jointly to several) with shuffled minibatches cut from the task's
+tensors; an optional ``penalty`` (a callable ``model -> scalar tensor``, such as :class:`cl_utils.ewc.EWC`) is added
+to the mean cross-entropy. :func:`run_sequence` trains on tasks one after another and records the accuracy matrix
+``R[i, j]`` = test accuracy on task ``j`` after training on task ``i``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import Task
+from .models import forward
+from .progress import progress_bar
+
+__all__ = [
+    "set_seed",
+    "default_device",
+    "make_optimizer",
+    "train",
+    "evaluate",
+    "run_sequence",
+    "SequenceResult",
+    "OPTIMIZERS",
+]
+
+Penalty = Callable[[nn.Module], Tensor]
+OptimizerSpec = Union[str, torch.optim.Optimizer, Callable[..., torch.optim.Optimizer]]
+
+#: Optimizers by name; ``lr`` is passed through (Adadelta's ``lr`` scales its unit-free step, 1.0 in the paper).
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": lambda p, lr: torch.optim.SGD(p, lr=lr),
+    "momentum": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9),
+    "nesterov": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9, nesterov=True),
+    "adam": lambda p, lr: torch.optim.Adam(p, lr=lr),
+    "adadelta": lambda p, lr: torch.optim.Adadelta(p, lr=lr),
+}
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices), so that a run repeats exactly on the same device."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def default_device() -> torch.device:
+    """``$CL_DEVICE`` when set, else CUDA, then Apple's MPS, then the CPU."""
+    forced = os.environ.get("CL_DEVICE")
+    if forced:
+        return torch.device(forced)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def make_optimizer(params: Any, optimizer: OptimizerSpec, lr: float) -> torch.optim.Optimizer:
+    """An optimizer from a name in :data:`OPTIMIZERS`, a factory ``params -> Optimizer``, or an instance."""
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+        return OPTIMIZERS[optimizer](params, lr)
+    if callable(optimizer):
+        return optimizer(params)
+    raise ValueError(f"optimizer must be a name, a torch optimizer or a factory, got {optimizer!r}")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _stack(tasks: Task | Sequence[Task], split: str) -> tuple[Tensor, Tensor, Tensor | int | None]:
+    """Inputs, labels and heads of one task, or of several concatenated (joint training)."""
+    if isinstance(tasks, Task):
+        return getattr(tasks, f"{split}_x"), getattr(tasks, f"{split}_y"), tasks.head
+    tasks = list(tasks)
+    if not tasks or not all(isinstance(t, Task) for t in tasks):
+        raise ValueError("expected a Task or a non-empty sequence of Tasks")
+    xs = torch.cat([getattr(t, f"{split}_x") for t in tasks])
+    ys = torch.cat([getattr(t, f"{split}_y") for t in tasks])
+    if all(t.head is None for t in tasks):
+        return xs, ys, None
+    if any(t.head is None for t in tasks):
+        raise ValueError("cannot train jointly on tasks with and without heads")
+    heads = torch.cat([torch.full((len(getattr(t, f"{split}_y")),), t.head, device=ys.device) for t in tasks])
+    return xs, ys, heads
+
+
+def train(
+    model: nn.Module,
+    task: Task | Sequence[Task],
+    *,
+    epochs: int = 1,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    optimizer: OptimizerSpec = "adam",
+    penalty: Penalty | None = None,
+    progress: bool = True,
+    seed: int | None = None,
+    eval_tasks: Sequence[Task] | None = None,
+    eval_every: int | None = None,
+) -> dict[str, Any]:
+    """Minimise the mean cross-entropy on ``task`` (plus ``penalty(model)`` when given) with minibatches.
+
+    Each epoch draws one permutation of the training set (from ``seed`` when given, else from torch's global
+    generator), gathers the epoch's data in that order once, and cuts contiguous minibatches from it; the last
+    batch may be smaller. A sequence of tasks is trained jointly (their data concatenated, each sample with its
+    own head). Losses stay on the device until the end, so the loop never waits for the host.
+
+    With ``eval_tasks`` and ``eval_every`` (steps), the test accuracy on each of ``eval_tasks`` is recorded during
+    training (for forgetting curves).
+
+    Returns a history dict: ``loss`` (per step, CPU tensor), ``train_accuracy`` (per epoch), ``eval_steps`` and
+    ``eval_accuracy`` (rows: evaluations, columns: ``eval_tasks``; empty when not asked), ``steps``, ``seconds``.
+    """
+    _check_positive_int("epochs", epochs)
+    _check_positive_int("batch_size", batch_size)
+    if eval_every is not None:
+        _check_positive_int("eval_every", eval_every)
+        if not eval_tasks:
+            raise ValueError("eval_every needs eval_tasks")
+    if penalty is not None and not callable(penalty):
+        raise ValueError(f"penalty must be a callable model -> scalar tensor, got {penalty!r}")
+    x, y, head = _stack(task, "train")
+    device = next(model.parameters()).device
+    if x.device != device:
+        raise ValueError(f"the task's data is on {x.device} but the model is on {device}; use task.to(device)")
+    opt = make_optimizer(model.parameters(), optimizer, lr)
+    n = len(y)
+    steps_per_epoch = (n + batch_size - 1) // batch_size
+    total = epochs * steps_per_epoch
+    losses = torch.zeros(total, device=device)
+    correct = torch.zeros(epochs, dtype=torch.long, device=device)
+    eval_rows: list[Tensor] = []
+    eval_steps: list[int] = []
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def record(step: int) -> None:
+        eval_steps.append(step)
+        eval_rows.append(_accuracies(model, list(eval_tasks or ())))
+
+    model.train()
+    start = time.perf_counter()
+    bar = progress_bar(total, desc=getattr(task, "name", "joint"), enabled=progress)
+    step = 0
+    if eval_every is not None:
+        record(0)
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=gen).to(device)
+        xe, ye = x[perm], y[perm]
+        he = head[perm] if isinstance(head, Tensor) else head
+        for i in range(0, n, batch_size):
+            xb, yb = xe[i : i + batch_size], ye[i : i + batch_size]
+            hb = he[i : i + batch_size] if isinstance(he, Tensor) else he
+            logits = forward(model, xb, hb)
+            loss = F.cross_entropy(logits, yb)
+            total_loss = loss + penalty(model) if penalty is not None else loss
+            opt.zero_grad(set_to_none=True)
+            total_loss.backward()
+            opt.step()
+            losses[step] = loss.detach()
+            correct[epoch] += (logits.detach().argmax(1) == yb).sum()
+            step += 1
+            bar.update(1)
+            if eval_every is not None and step % eval_every == 0:
+                record(step)
+                model.train()
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    model.eval()
+    return {
+        "loss": losses.cpu(),
+        "train_accuracy": (correct.double() / n).cpu(),
+        "eval_steps": eval_steps,
+        "eval_accuracy": torch.stack(eval_rows).cpu() if eval_rows else torch.empty(0, len(eval_tasks or ())),
+        "steps": total,
+        "seconds": seconds,
+    }
+
+
+@torch.no_grad()
+def _accuracies(model: nn.Module, tasks: Sequence[Task], split: str = "test", batch_size: int = 8192) -> Tensor:
+    """Accuracy on each task as one device tensor (no host sync)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for t in tasks:
+        x, y = getattr(t, f"{split}_x"), getattr(t, f"{split}_y")
+        hits = torch.zeros((), dtype=torch.long, device=y.device)
+        for i in range(0, len(y), batch_size):
+            hits += (forward(model, x[i : i + batch_size], t.head).argmax(1) == y[i : i + batch_size]).sum()
+        out.append(hits.double() / len(y))
+    model.train(was_training)
+    return torch.stack(out)
+
+
+def evaluate(model: nn.Module, tasks: Task | Sequence[Task], *, split: str = "test") -> list[float]:
+    """Accuracy (in [0, 1]) of ``model`` on each task's ``split`` (``"test"`` or ``"train"``)."""
+    if split not in ("test", "train"):
+        raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+    tasks = [tasks] if isinstance(tasks, Task) else list(tasks)
+    if not tasks:
+        raise ValueError("evaluate needs at least one task")
+    return _accuracies(model, tasks, split).tolist()
+
+
+@dataclass
+class SequenceResult:
+    """What :func:`run_sequence` returns.
+
+    ``accuracy[i, j]`` is the test accuracy on task ``j`` after training on tasks ``0..i`` (the matrix R);
+    ``histories[i]`` is :func:`train`'s history for task ``i``.
+    """
+
+    names: list[str]
+    accuracy: Tensor
+    histories: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def average_accuracy(self) -> Tensor:
+        """Mean accuracy over the tasks seen so far, after each task: ``mean_j<=i R[i, j]``."""
+        T = len(self.names)
+        mask = torch.ones(T, T, dtype=torch.bool).tril()
+        return (self.accuracy * mask).sum(1) / mask.sum(1)
+
+    @property
+    def final_average(self) -> float:
+        """Average accuracy over all tasks after the last one (the usual headline number)."""
+        return float(self.accuracy[-1].mean())
+
+
+def run_sequence(
+    model: nn.Module,
+    tasks: Sequence[Task],
+    *,
+    strategy: Any = None,
+    epochs: int = 1,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    optimizer: str | Callable[..., torch.optim.Optimizer] = "adam",
+    progress: bool = True,
+    seed: int | None = None,
+    eval_every: int | None = None,
+) -> SequenceResult:
+    """Train on ``tasks`` in order and record the accuracy matrix.
+
+    ``strategy`` is None (plain fine-tuning) or an object with ``consolidate(model, task)`` and
+    ``penalty(model)``, such as :class:`cl_utils.ewc.EWC`: after each task it is consolidated, and its penalty is
+    added to the loss of every later task. A fresh optimizer is made for each task. With ``eval_every``, each
+    history also records the accuracy on all tasks during training.
+    """
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("run_sequence needs at least one task")
+    if strategy is not None and not (hasattr(strategy, "consolidate") and hasattr(strategy, "penalty")):
+        raise ValueError("strategy must have consolidate(model, task) and penalty(model) methods")
+    T = len(tasks)
+    R = torch.zeros(T, T, dtype=torch.float64)
+    histories = []
+    for i, task in enumerate(tasks):
+        hist = train(
+            model, task, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+            penalty=strategy.penalty if (strategy is not None and i > 0) else None, progress=progress,
+            seed=None if seed is None else seed * 1000 + i, eval_tasks=tasks if eval_every else None,
+            eval_every=eval_every,
+        )
+        histories.append(hist)
+        R[i] = _accuracies(model, tasks).cpu()
+        if strategy is not None:
+            strategy.consolidate(model, task)
+    return SequenceResult([t.name for t in tasks], R, histories)
