@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .devices import default_device
+
 __all__ = [
     "MNIST",
     "Task",
@@ -348,8 +350,6 @@ def _resolve(data: MNIST | None, device: torch.device | str | None) -> tuple[MNI
     if data is None:
         data = load_mnist()
     if device is None:
-        from .training import default_device  # local import: training imports data, not the other way round
-
         device = default_device()
     return data, torch.device(device)
 

@@ -18,16 +18,19 @@ Plot labels use Unicode (λ, σ², θ*), not LaTeX: the page's MathJax is left t
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import plotly.graph_objects as go
+import torch
 import plotly.io as pio
 from plotly.io.base_renderers import MimetypeRenderer
 
 from .config import book_build
 
-__all__ = ["setup", "show", "slider_figure", "BOOK_RENDERER", "TEMPLATE", "figure_html"]
+__all__ = ["setup", "show", "slider_figure", "ellipse", "BOOK_RENDERER", "TEMPLATE", "figure_html"]
 
 BOOK_RENDERER = "cl_book"
 TEMPLATE = "plotly_white"
@@ -139,3 +142,27 @@ def slider_figure(
     if layout:
         fig.update_layout(**layout)
     return fig
+
+
+def ellipse(mean: Any, cov: Any, r: float = 2.0, *, points: int = 120) -> tuple[np.ndarray, np.ndarray]:
+    """The x and y coordinates of the r-σ ellipse of a 2-D Gaussian N(mean, cov): the points θ with
+    (θ − mean)ᵀ cov⁻¹ (θ − mean) = r², as mean + r L (cos t, sin t) with cov = L Lᵀ (a closed curve).
+
+    In two dimensions the r-σ ellipse holds 1 − exp(−r²/2) of the mass (39 % for r = 1, 86 % for r = 2).
+    """
+    mean = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
+    cov = torch.as_tensor(cov, dtype=torch.float64)
+    if mean.shape != (2,) or cov.shape != (2, 2):
+        raise ValueError(f"ellipse needs a 2-D mean and a 2×2 covariance, got shapes {tuple(mean.shape)} and "
+                         f"{tuple(cov.shape)}")
+    if not (r > 0 and math.isfinite(r)):
+        raise ValueError(f"r must be a positive number, got {r!r}")
+    if not isinstance(points, int) or points < 3:
+        raise ValueError(f"points must be an integer >= 3, got {points!r}")
+    try:
+        chol = torch.linalg.cholesky(cov)
+    except RuntimeError:
+        raise ValueError("cov must be symmetric positive definite") from None
+    t = torch.linspace(0, 2 * math.pi, points, dtype=torch.float64)
+    pts = mean[:, None] + r * chol @ torch.stack([t.cos(), t.sin()])
+    return pts[0].numpy(), pts[1].numpy()

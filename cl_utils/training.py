@@ -8,7 +8,6 @@ to the mean cross-entropy. :func:`run_sequence` trains on tasks one after anothe
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import optimizers as _optimizers
 from .data import Task
+from .devices import default_device
 from .models import forward
 from .progress import progress_bar
 
@@ -37,11 +38,14 @@ __all__ = [
 Penalty = Callable[[nn.Module], Tensor]
 OptimizerSpec = Union[str, torch.optim.Optimizer, Callable[..., torch.optim.Optimizer]]
 
-#: Optimizers by name; ``lr`` is passed through (Adadelta's ``lr`` scales its unit-free step, 1.0 in the paper).
+#: Optimizers by name (:data:`cl_utils.optimizers.NAMES`); ``lr`` is passed through (``lr=0`` is allowed, as in
+#: ``torch.optim``; Adadelta's ``lr`` scales its unit-free step, 1.0 in the paper). The momentum μ is
+#: :data:`cl_utils.optimizers.MOMENTUM`, the one value chapter 1's rules use; Adam and Adadelta keep ``torch.optim``'s
+#: defaults, which are also the defaults of :class:`cl_utils.optimizers.Adam` and :class:`~cl_utils.optimizers.Adadelta`.
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": lambda p, lr: torch.optim.SGD(p, lr=lr),
-    "momentum": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9),
-    "nesterov": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9, nesterov=True),
+    "momentum": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=_optimizers.MOMENTUM),
+    "nesterov": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=_optimizers.MOMENTUM, nesterov=True),
     "adam": lambda p, lr: torch.optim.Adam(p, lr=lr),
     "adadelta": lambda p, lr: torch.optim.Adadelta(p, lr=lr),
 }
@@ -54,18 +58,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def default_device() -> torch.device:
-    """``$CL_DEVICE`` when set, else CUDA, then Apple's MPS, then the CPU."""
-    forced = os.environ.get("CL_DEVICE")
-    if forced:
-        return torch.device(forced)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def make_optimizer(params: Any, optimizer: OptimizerSpec, lr: float) -> torch.optim.Optimizer:
@@ -120,9 +112,9 @@ def train(
     """Minimise the mean cross-entropy on ``task`` (plus ``penalty(model)`` when given) with minibatches.
 
     Each epoch draws one permutation of the training set (from ``seed`` when given, else from torch's global
-    generator), gathers the epoch's data in that order once, and cuts contiguous minibatches from it; the last
-    batch may be smaller. A sequence of tasks is trained jointly (their data concatenated, each sample with its
-    own head). Losses stay on the device until the end, so the loop never waits for the host.
+    generator) and cuts it into consecutive minibatches of indices, each gathered from the device tensors where it
+    is used; the last batch may be smaller. A sequence of tasks is trained jointly (their data concatenated, each
+    sample with its own head). Losses stay on the device until the end, so the loop never waits for the host.
 
     With ``eval_tasks`` and ``eval_every`` (steps), the test accuracy on each of ``eval_tasks`` is recorded during
     training (for forgetting curves).
@@ -146,8 +138,8 @@ def train(
     n = len(y)
     steps_per_epoch = (n + batch_size - 1) // batch_size
     total = epochs * steps_per_epoch
-    losses = torch.zeros(total, device=device)
-    correct = torch.zeros(epochs, dtype=torch.long, device=device)
+    losses: list[Tensor] = []  # one 0-d device tensor per step, stacked at the end (no host sync in the loop)
+    correct: list[Tensor] = []  # hits per epoch, on the device
     eval_rows: list[Tensor] = []
     eval_steps: list[int] = []
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -162,34 +154,37 @@ def train(
     step = 0
     if eval_every is not None:
         record(0)
-    for epoch in range(epochs):
+    for _ in range(epochs):
         perm = torch.randperm(n, generator=gen).to(device)
-        xe, ye = x[perm], y[perm]
-        he = head[perm] if isinstance(head, Tensor) else head
+        hits: list[Tensor] = []
         for i in range(0, n, batch_size):
-            xb, yb = xe[i : i + batch_size], ye[i : i + batch_size]
-            hb = he[i : i + batch_size] if isinstance(he, Tensor) else he
+            # Gathering each minibatch where it is used keeps it in cache (cheaper than permuting the whole epoch
+            # first); the minibatches are the same: rows perm[i : i + batch_size].
+            idx = perm[i : i + batch_size]
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+            hb = head.index_select(0, idx) if isinstance(head, Tensor) else head
             logits = forward(model, xb, hb)
             loss = F.cross_entropy(logits, yb)
             total_loss = loss + penalty(model) if penalty is not None else loss
             opt.zero_grad(set_to_none=True)
             total_loss.backward()
             opt.step()
-            losses[step] = loss.detach()
-            correct[epoch] += (logits.detach().argmax(1) == yb).sum()
+            losses.append(loss.detach())
+            hits.append((logits.detach().argmax(1) == yb).sum())
             step += 1
             bar.update(1)
             if eval_every is not None and step % eval_every == 0:
                 record(step)
                 model.train()
+        correct.append(torch.stack(hits).sum())
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     model.eval()
     return {
-        "loss": losses.cpu(),
-        "train_accuracy": (correct.double() / n).cpu(),
+        "loss": torch.stack(losses).cpu(),
+        "train_accuracy": (torch.stack(correct).double() / n).cpu(),
         "eval_steps": eval_steps,
         "eval_accuracy": torch.stack(eval_rows).cpu() if eval_rows else torch.empty(0, len(eval_tasks or ())),
         "steps": total,
@@ -264,8 +259,10 @@ def run_sequence(
     """Train on ``tasks`` in order and record the accuracy matrix.
 
     ``strategy`` is None (plain fine-tuning) or an object with ``consolidate(model, task)`` and
-    ``penalty(model)``, such as :class:`cl_utils.ewc.EWC`: after each task it is consolidated, and its penalty is
-    added to the loss of every later task. A fresh optimizer is made for each task. With ``eval_every``, each
+    ``penalty(model)``, such as :class:`cl_utils.ewc.EWC`: after each task but the last it is consolidated, and
+    its penalty is added to the loss of every later task (after the last task no Fisher is computed, since nothing
+    would use it; call ``strategy.consolidate(model, tasks[-1])`` to go on with more tasks). A fresh optimizer is
+    made for each task. With ``eval_every``, each
     history also records the accuracy on all tasks during training.
     """
     tasks = list(tasks)
@@ -285,6 +282,6 @@ def run_sequence(
         )
         histories.append(hist)
         R[i] = _accuracies(model, tasks).cpu()
-        if strategy is not None:
+        if strategy is not None and i < T - 1:  # no later task would use the last consolidation
             strategy.consolidate(model, task)
     return SequenceResult([t.name for t in tasks], R, histories)

@@ -49,8 +49,10 @@ def test_colab_badge_and_install_cell(nb):
     assert '"google.colab" in sys.modules' in source(install) and f"git+{REPO}" in source(install)
 
 
-def test_no_function_defined_in_two_notebooks():
-    where = defaultdict(list)
+def _definitions() -> list[tuple[str, str, str]]:
+    """(notebook, name, body) for every function and class defined in a notebook; the body without its name or
+    docstring, so that a renamed copy (``ch2_f`` / ``ch3_f``) still matches."""
+    out = []
     for nb in NOTEBOOKS:
         for c in cells(nb):
             if c["cell_type"] != "code":
@@ -58,6 +60,20 @@ def test_no_function_defined_in_two_notebooks():
             code = re.sub(r"^\s*[%!].*$", "", source(c), flags=re.M)  # drop magics
             for node in ast.walk(ast.parse(code)):
                 if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-                    where[node.name].append(nb.name)
-    twice = {name: sorted(set(nbs)) for name, nbs in where.items() if len(set(nbs)) > 1}
+                    body = node.body
+                    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+                        body = body[1:]
+                    args = ast.dump(node.args) if isinstance(node, ast.FunctionDef) else ""
+                    out.append((nb.name, node.name, args + "".join(ast.dump(b) for b in body)))
+    return out
+
+
+def test_no_function_defined_in_two_notebooks():
+    by_name, by_body = defaultdict(set), defaultdict(set)
+    for nb, name, body in _definitions():
+        by_name[name].add(nb)
+        by_body[body].add(f"{nb}:{name}")
+    twice = {name: sorted(nbs) for name, nbs in by_name.items() if len(nbs) > 1}
     assert not twice, f"defined in several notebooks (move to cl_utils): {twice}"
+    copies = [sorted(where) for where in by_body.values() if len({w.split(':')[0] for w in where}) > 1]
+    assert not copies, f"the same function in several notebooks under different names (move to cl_utils): {copies}"

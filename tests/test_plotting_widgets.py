@@ -84,3 +84,23 @@ def test_control_validation():
         widgets.float_slider("x", 0, 1, 0.5, 0)
     with pytest.raises(ValueError, match="log_slider"):
         widgets.live(lambda x: x, x=3)
+
+
+def test_ellipse_is_the_r_sigma_contour():
+    import pytest
+    import torch
+
+    from cl_utils.plotting import ellipse
+
+    mean, cov = torch.tensor([1.0, -2.0]), torch.tensor([[2.0, 0.6], [0.6, 0.5]])
+    x, y = ellipse(mean, cov, 1.5, points=50)
+    d = torch.stack([torch.as_tensor(x), torch.as_tensor(y)], 1) - mean.double()
+    maha = ((d @ torch.linalg.inv(cov.double())) * d).sum(1)
+    assert torch.allclose(maha, torch.full_like(maha, 1.5**2), atol=1e-10)
+    assert (x[0], y[0]) == pytest.approx((x[-1], y[-1]))  # a closed curve
+    with pytest.raises(ValueError, match="2×2"):
+        ellipse(torch.zeros(3), torch.eye(3))
+    with pytest.raises(ValueError, match="positive definite"):
+        ellipse(torch.zeros(2), -torch.eye(2))
+    with pytest.raises(ValueError, match="r must"):
+        ellipse(torch.zeros(2), torch.eye(2), 0.0)
