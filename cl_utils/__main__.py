@@ -19,6 +19,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _default_seeds(name: str) -> int:
+    """The number of seeds ``reproduce name`` runs without ``--seeds`` in full mode (what the book shows)."""
+    from .config import get_config
+    from .experiments import EXPERIMENTS
+
+    cfg, exp = get_config(fast=False), EXPERIMENTS[name]
+    return exp.default_seeds(cfg) if exp.default_seeds else cfg.seeds
+
+
 def _parser() -> argparse.ArgumentParser:
     from .experiments import EXPERIMENTS
 
@@ -39,12 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser(
         "reproduce",
         help="rerun a chapter's experiment headless and print its table",
-        description="Experiments:\n" + "\n".join(f"  {n:<22} {EXPERIMENTS[n].description}" for n in names),
+        description="Experiments (default seeds in full mode, as in the book):\n"
+        + "\n".join(f"  {n:<22} {EXPERIMENTS[n].description} [{_default_seeds(n)} seed(s)]" for n in names),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("name", choices=names, metavar="NAME", help="one of: " + ", ".join(names))
     r.add_argument("--fast", action="store_true", help="the small sizes of CL_FAST=1 (minutes on a CPU)")
-    r.add_argument("--seeds", type=_positive_int, help="number of seeds (default: the chosen sizes' number)")
+    r.add_argument("--seeds", type=_positive_int, help="number of seeds (default: as many as the book uses, listed above)")
     r.add_argument("--json", action="store_true", help="print JSON instead of a table")
     r.add_argument("--device", help="torch device (default: cuda, then mps, then cpu)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")

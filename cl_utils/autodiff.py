@@ -55,6 +55,11 @@ class Function:
     def __call__(self, *inputs: Tensor) -> Tensor:
         return self.forward(*inputs)
 
+    def __getattr__(self, name: str) -> object:  # only reached for a missing attribute: a saved tensor, before forward
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(f"{type(self).__name__} has no saved {name!r}: call forward before backward")
+
 
 class Affine(Function):
     """``k = W x + b``: ``W`` is out×in, ``b`` has length out, ``x`` is one vector (in) or a batch (N×in, one row

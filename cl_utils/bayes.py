@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor
@@ -238,7 +238,7 @@ def two_task_terms(prior: Gaussian, task_a: Data, task_b: Data, noise_var: float
     }
 
 
-def regression_design(task, split: str = "train") -> tuple[Tensor, Tensor]:
+def regression_design(task: Any, split: str = "train") -> tuple[Tensor, Tensor]:
     """A two-class task as a regression problem for this model, in float64 on the CPU: the design ``X`` (the task's
     inputs and a constant 1 for the bias, N×(D+1)) and the targets ``y = 2·label − 1`` (−1 for label 0, +1 for 1).
 
@@ -267,5 +267,7 @@ def sign_accuracy(theta: Tensor, data: "tuple[Tensor, Tensor]") -> float:
                          f"{tuple(getattr(theta, 'shape', ()))}, {tuple(X.shape)} and {tuple(y.shape)}")
     if not bool(((y == 1) | (y == -1)).all()):
         raise ValueError("targets y must be −1 or +1")
+    if len(y) == 0:
+        raise ValueError("sign_accuracy needs at least one sample")
     pred = torch.where(X.double() @ theta.double() > 0, 1.0, -1.0).to(torch.float64)
     return 100 * float((pred == y.double()).double().mean())

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .devices import default_device
+from .devices import as_device
 
 __all__ = [
     "MNIST",
@@ -349,9 +349,7 @@ class Task:
 def _resolve(data: MNIST | None, device: torch.device | str | None) -> tuple[MNIST, torch.device]:
     if data is None:
         data = load_mnist()
-    if device is None:
-        device = default_device()
-    return data, torch.device(device)
+    return data, as_device(device)
 
 
 def permuted_mnist(
@@ -369,6 +367,8 @@ def permuted_mnist(
     """
     if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks < 1:
         raise ValueError(f"n_tasks must be an integer >= 1, got {n_tasks!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     data, device = _resolve(data, device)
     g = torch.Generator().manual_seed(seed)
     d = data.train_x.shape[1]

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-__all__ = ["default_device"]
+__all__ = ["as_device", "default_device"]
 
 
 def default_device() -> torch.device:
@@ -22,3 +22,13 @@ def default_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def as_device(device: torch.device | str | None) -> torch.device:
+    """``device`` as a ``torch.device`` (``None``: :func:`default_device`), with a clear error for a bad name."""
+    if device is None:
+        return default_device()
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{device!r} is not a device torch knows (try cpu, cuda or mps)") from None

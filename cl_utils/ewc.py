@@ -31,6 +31,7 @@ grow with the number of tasks (the value is the same; ``terms`` keeps every task
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -101,10 +102,20 @@ def merge_terms(terms: list[dict[str, dict[str, Tensor]]]) -> tuple[dict[str, Te
     return center, total, torch.as_tensor(const).to(ref)
 
 
+def _real(value: Any) -> float | None:
+    """``value`` as a float if it is a real number (a Python or NumPy scalar, a 0-d tensor), else None."""
+    if isinstance(value, bool) or (isinstance(value, Tensor) and (value.numel() != 1 or value.is_complex())):
+        return None
+    if isinstance(value, (numbers.Real, Tensor)):
+        return float(value)
+    return None
+
+
 def _check_lam(lam: Any) -> float:
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-    return float(lam)
+    value = _real(lam)
+    if value is None or not math.isfinite(value) or value < 0:
+        raise ValueError(f"lam must be a finite real number >= 0, got {lam!r}")
+    return value
 
 
 def _check_terms(terms: Any) -> list[dict[str, dict[str, Tensor]]]:
@@ -173,8 +184,9 @@ class EWC:
             raise ValueError(f"unknown fisher_kind {fisher_kind!r}; choose one of {KINDS}")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
+        if _real(gamma) is None or not 0.0 <= _real(gamma) <= 1.0:
+            raise ValueError(f"gamma must be a real number in [0, 1], got {gamma!r}")
+        gamma = _real(gamma)
         if fisher_samples is not None and (
             isinstance(fisher_samples, bool) or not isinstance(fisher_samples, int) or fisher_samples < 1
         ):
@@ -247,6 +259,8 @@ class EWC:
 
     def penalty(self, model: nn.Module) -> Tensor:
         """(λ/2) Σ over stored terms Σᵢ Fᵢ (θᵢ − θ*ᵢ)², a scalar tensor that back-propagates into ``model``."""
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if self._merged is None:
             raise ValueError("penalty() before any consolidate(): there is no old task to remember yet")
         center, weight, const = self._merged

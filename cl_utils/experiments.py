@@ -158,7 +158,8 @@ def mnist_mlp(cfg: Config, *, seeds: int, device: torch.device, progress: bool =
 OPTIMIZER_LRS = {"sgd": 0.1, "momentum": 0.02, "nesterov": 0.02, "adam": 1e-3, "adadelta": 1.0}
 
 
-@experiment("optimizers-mnist", "SGD, momentum, Nesterov, Adam and Adadelta training one MLP on MNIST (chapter 1).")
+@experiment("optimizers-mnist", "SGD, momentum, Nesterov, Adam and Adadelta training one MLP on MNIST (chapter 1).",
+            default_seeds=lambda cfg: 1)
 def optimizers_mnist(cfg: Config, *, seeds: int, device: torch.device, progress: bool = True) -> ExperimentResult:
     from .data import Task, load_mnist
     from .models import MLP
@@ -337,7 +338,8 @@ def weight_noise_table(
     and sees the same minibatches, so a row's numbers do not depend on which other rows are trained. All train
     with Adadelta (lr 1) on L^E + L^C, the prior re-estimated at every step, and stop early on the validation error
     (``sizes.patience`` epochs without a strictly lower error, at most ``sizes.max_epochs``; the best epoch's
-    network is kept and its epoch reported). Test error: the mean network on the test digits.
+    network is kept and its epoch reported; ``capped`` says that the epoch cap came before the criterion, so that the
+    epochs are a lower bound). Test error: the mean network on the test digits.
 
     Compression (see :func:`compression`): ``ratio`` = DL(row) / DL(plain network), where the plain network is the
     maximum-likelihood row's network and its DL the best two-part code with the Gaussian prior fitted to it in
@@ -374,7 +376,10 @@ def weight_noise_table(
     for row in rows:
         model, hist, test_error, code = trained[row]
         out_rows.append({"row": row, "error": test_error, "epochs": hist["best_epoch"],
-                         "epochs_run": hist["epochs_run"], "val_error": [100 * e for e in hist["val_error"]],
+                         "epochs_run": hist["epochs_run"],
+                         # the cap came first: no `patience` epochs without a new best, so "epochs" is a lower bound
+                         "capped": hist["epochs_run"] - hist["best_epoch"] < sizes.patience,
+                         "val_error": [100 * e for e in hist["val_error"]],
                          "prior": hist["prior"], "seconds": hist["seconds"], **code,
                          "ratio": code["bits"] / plain_bits})
         models[row] = model
@@ -422,7 +427,9 @@ def weight_noise_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ep = mean_std([float(run["rows"][i]["epochs"]) for run in runs])
         ratio = mean_std([run["rows"][i]["ratio"] for run in runs])
         uniform = mean_std([run["rows"][i]["uniform_ratio"] for run in runs])
-        table.append({"row": name, "error %": err[0], "error std": err[1], "epochs": ep[0], "ratio": ratio[0],
+        capped = sum(bool(run["rows"][i]["capped"]) for run in runs)
+        table.append({"row": name, "error %": err[0], "error std": err[1], "epochs": ep[0], "capped": capped,
+                      "ratio": ratio[0],
                       "uniform ratio": uniform[0], "code": runs[0]["rows"][i]["code"],
                       "Graves error %": graves[name]["error"],
                       "Graves epochs": graves[name]["epochs"], "Graves ratio": graves[name]["ratio"]})
@@ -441,11 +448,18 @@ def weight_noise_table_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
         return "—" if v is None else format(v, fmt)
 
     several = summary["runs"] > 1
+
+    def epochs(r: dict[str, Any]) -> str:
+        text = f"{r['epochs']:.0f}" if not several else f"{r['epochs']:.1f}"
+        if r["capped"]:  # the epoch cap came before the stopping criterion: a lower bound
+            text += f" (cap: {r['capped']}/{summary['runs']})"
+        return text
+
     return [{
         "row": r["row"],
         "error %": f"{r['error %']:.2f}" + (f" ± {r['error std']:.2f}" if several else ""),
         "rank": f"{r['rank']:g}",
-        "epochs": f"{r['epochs']:.0f}" if not several else f"{r['epochs']:.1f}",
+        "epochs": epochs(r),
         "ratio": f"{r['ratio']:.3f}",
         "vs uniform": f"{r['uniform ratio']:.3f}",
         "code": r["code"],
@@ -525,7 +539,8 @@ def weight_noise_table_experiment(cfg: Config, *, seeds: int, device: torch.devi
     text = (format_weight_noise_table(summary)
             + f"\n\nMLP {r0['mlp']} on MNIST: {r0['n_train']} training, {r0['n_val']} validation, {r0['n_test']} test "
             f"digits; Adadelta, batch {sizes.batch_size}, early stopping (patience {sizes.patience}, at most "
-            f"{sizes.max_epochs} epochs); {seeds} seed(s). Error: test error of the mean network. Ratio: description "
+            f"{sizes.max_epochs} epochs; \"cap: k/n\": in k of the n seeds the cap came first, so the epochs are a "
+            f"lower bound); {seeds} seed(s). Error: test error of the mean network. Ratio: description "
             "length DL of the training labels / DL with the plain (maximum-likelihood) network, two-part code; "
             "vs uniform: DL / (N log2 10). Graves (2011): TIMIT phoneme error rates."
             f"\nSpearman rank correlation of the errors with Graves': {summary['spearman_error']:.2f}"

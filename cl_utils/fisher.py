@@ -109,7 +109,12 @@ def _check(
 
 
 def _generator(generator: torch.Generator | int | None, device: torch.device) -> torch.Generator | None:
-    if generator is None or isinstance(generator, torch.Generator):
+    if generator is None:
+        return None
+    if isinstance(generator, torch.Generator):
+        if generator.device.type != device.type:
+            raise ValueError(f"the generator is on {generator.device} but the model on {device}: pass a generator "
+                             f"on {device.type} or an int seed")
         return generator
     if isinstance(generator, int) and not isinstance(generator, bool) and generator >= 0:
         return torch.Generator(device=device).manual_seed(generator)
@@ -206,20 +211,25 @@ class _Recorder:
                 self.modules[m] = name
         self.on = True
         self.calls: dict[nn.Module, list[tuple[Tensor, Tensor, int, int]]] = {}
-        self.handles = [m.register_forward_hook(self._hook) for m in self.modules]
+        self.handles = [m.register_forward_hook(self._hook, with_kwargs=True) for m in self.modules]
 
-    def _hook(self, module: nn.Module, args: tuple, output: Tensor) -> None:
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> None:
         if self.on:
-            a = args[0]
-            self.calls.setdefault(module, []).append((a, output, a._version, output._version))
+            a = args[0] if args else kwargs.get("input")
+            if isinstance(a, Tensor) and isinstance(output, Tensor):
+                self.calls.setdefault(module, []).append((a, output, a._version, output._version))
+            else:  # called in a way the fast path does not know: two entries send it to the general path
+                self.calls.setdefault(module, []).extend([None, None])
 
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
 
-    def usable(self, uses: dict[int, int]) -> dict[nn.Module, tuple[Tensor, Tensor]]:
-        """Modules called exactly once, whose parameters were used only in that call (``uses``: counts by
-        ``id``, from :class:`_ParamUses`) and whose recorded tensors were not modified in place afterwards."""
+    def usable(self, uses: dict[int, int], n: int) -> dict[nn.Module, tuple[Tensor, Tensor]]:
+        """Modules called exactly once, on one row per sample (``n`` rows in and out), whose parameters were used
+        only in that call (``uses``: counts by ``id``, from :class:`_ParamUses`) and whose recorded tensors were not
+        modified in place afterwards. A layer applied to rows that are not samples (positions merged into the
+        batch, a shared constant input) would give wrong squares: it takes the general path."""
         out = {}
         for m, calls in self.calls.items():
             if len(calls) != 1:
@@ -228,6 +238,8 @@ class _Recorder:
                 continue
             a, z, va, vz = calls[0]
             if a._version != va or z._version != vz or not z.requires_grad:
+                continue
+            if a.shape[0] != n or z.shape[0] != n:
                 continue
             if isinstance(m, nn.Linear) and a.ndim != 2:
                 continue
@@ -362,7 +374,7 @@ def fisher_diagonal(
                 if y is not None and s.start == 0 and kind == "empirical":
                     _check_targets(y, logits.shape[-1])
                 v = _output_vectors(logits, kind, y[s] if y is not None else None, gen)  # K×n×C
-                fast = recorder.usable(uses.count)
+                fast = recorder.usable(uses.count, s.stop - s.start)
                 done: set[str] = set()
                 deltas: list[Tensor | None] = []
                 if fast:

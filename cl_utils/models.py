@@ -30,6 +30,8 @@ class MLP(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
+        if isinstance(hidden, int):
+            raise ValueError(f"hidden must be a sequence of layer widths, e.g. ({hidden},) for one layer; got {hidden!r}")
         hidden = tuple(hidden)
         for name, value in (("in_features", in_features), ("out_features", out_features), ("heads", heads)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

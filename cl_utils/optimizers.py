@@ -15,7 +15,7 @@ the ε placement (Adam, Adadelta); the docstrings say so.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable, Iterable, Union
 
 import torch
 from torch import Tensor
@@ -67,7 +67,7 @@ class SGD:
         step = g + self.momentum * v if self.nesterov else v
         return theta - self.lr * step, {"v": v}
 
-    def torch_optimizer(self, params) -> torch.optim.Optimizer:
+    def torch_optimizer(self, params: Iterable[Tensor]) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov)
 
 
@@ -101,7 +101,7 @@ class Adam:
         s_hat = s / (1 - self.beta2**t)
         return theta - self.lr * m_hat / (s_hat.sqrt() + self.eps), {"m": m, "s": s, "t": t}
 
-    def torch_optimizer(self, params) -> torch.optim.Optimizer:
+    def torch_optimizer(self, params: Iterable[Tensor]) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=self.lr, betas=(self.beta1, self.beta2), eps=self.eps)
 
 
@@ -131,7 +131,7 @@ class Adadelta:
         u = self.rho * state["u"] + (1 - self.rho) * delta * delta
         return theta - self.lr * delta, {"s": s, "u": u}
 
-    def torch_optimizer(self, params) -> torch.optim.Optimizer:
+    def torch_optimizer(self, params: Iterable[Tensor]) -> torch.optim.Optimizer:
         return torch.optim.Adadelta(params, lr=self.lr, rho=self.rho, eps=self.eps)
 
 

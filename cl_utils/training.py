@@ -51,6 +51,29 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 }
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    p = next(model.parameters(), None)
+    if p is None:
+        raise ValueError("the model has no parameters to train")
+    return p.device
+
+
+@torch.no_grad()
+def _check_labels(model: nn.Module, x: Tensor, y: Tensor, head: int | Tensor | None) -> None:
+    """Labels must index the model's outputs (on a GPU a wrong one would stop in an opaque device-side assert)."""
+    if len(y) == 0:
+        raise ValueError("the task has no training samples")
+    was_training = model.training
+    model.eval()  # no dropout or weight noise: this forward pass draws no random numbers
+    n_out = forward(model, x[:1], head[:1] if isinstance(head, Tensor) else head).shape[-1]
+    model.train(was_training)
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= n_out:
+        raise ValueError(f"labels run from {low} to {high}, but the model has {n_out} outputs")
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices), so that a run repeats exactly on the same device."""
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -131,9 +154,10 @@ def train(
     if penalty is not None and not callable(penalty):
         raise ValueError(f"penalty must be a callable model -> scalar tensor, got {penalty!r}")
     x, y, head = _stack(task, "train")
-    device = next(model.parameters()).device
+    device = _model_device(model)
     if x.device != device:
         raise ValueError(f"the task's data is on {x.device} but the model is on {device}; use task.to(device)")
+    _check_labels(model, x, y, head)
     opt = make_optimizer(model.parameters(), optimizer, lr)
     n = len(y)
     steps_per_epoch = (n + batch_size - 1) // batch_size

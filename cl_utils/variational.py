@@ -213,7 +213,8 @@ class VariationalLinear(nn.Module):
             mean = F.linear(x, self.weight_mu, self.bias_mu)
             bias_var = None if self.bias_logvar is None else self.bias_logvar.exp()
             var = F.linear(x * x, self.weight_logvar.exp(), bias_var)
-            out = mean + var.sqrt() * torch.randn_like(mean)
+            # clamped: a unit with no bias and an all-zero input row has var = 0, where sqrt's gradient is inf
+            out = mean + var.clamp_min(torch.finfo(var.dtype).tiny).sqrt() * torch.randn_like(mean)
             return self._recorded(x, out)
         # "weights": S explicit weight samples, rows of x grouped as S blocks of equal size
         S = self.samples
@@ -766,10 +767,15 @@ def train_variational(
 
     Early stopping with ``val=(x, y)`` and ``patience``: after every epoch the error of the mean network on the
     validation set is measured; training stops when it has not improved (strictly) for ``patience`` epochs or after
-    ``epochs``, and the network of the best epoch is restored. Returns a history dict: ``loss`` (per step, the
-    minibatch estimate of L in nats), ``val_error`` (per epoch), ``best_epoch`` (1-based, the epoch kept),
-    ``epochs_run``,
-    ``prior`` (α at the end), ``steps``, ``seconds``.
+    ``epochs``, and the network of the best epoch is restored (without ``patience`` the last epoch's is kept).
+
+    ``seed`` fixes the minibatch order (a generator of its own, as in :func:`cl_utils.training.train`); the weight
+    noise is drawn from torch's global generator, so call :func:`cl_utils.training.set_seed` first for a run that
+    repeats exactly (as :mod:`cl_utils.experiments` does).
+
+    Returns a history dict: ``loss`` (per step, the minibatch estimate of L in nats), ``val_error`` (per epoch),
+    ``best_epoch`` (1-based: the epoch of the lowest validation error, the one kept when ``patience`` is given; the
+    last epoch without ``val``), ``epochs_run``, ``prior`` (α at the end), ``steps``, ``seconds``.
     """
     from .training import OPTIMIZERS
 

@@ -227,6 +227,10 @@ def test_split_input_errors(mnist):
         D.split_mnist((), data=mnist)
     with pytest.raises(ValueError, match="digit groups"):
         D.split_mnist(5, data=mnist)
+    with pytest.raises(ValueError, match="not a device"):
+        D.split_mnist(data=mnist, device="warp")
+    with pytest.raises(ValueError, match="seed"):
+        D.permuted_mnist(2, seed="a", data=mnist)
 
 
 @pytest.mark.parametrize("n", [0, -1, 2.5, True])

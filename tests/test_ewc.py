@@ -178,6 +178,18 @@ def test_bad_settings_raise(kwargs, message):
         EWC(lam, **kwargs)
 
 
+def test_numpy_and_tensor_scalars_are_accepted_as_lam_and_gamma():
+    import numpy as np
+
+    ewc = EWC(np.float32(10.0), mode="online", gamma=torch.tensor(0.5))
+    assert (ewc.lam, ewc.gamma) == (10.0, 0.5) and type(ewc.lam) is float and type(ewc.gamma) is float
+    for bad in (True, torch.ones(2), 1j):
+        with pytest.raises(ValueError, match="lam"):
+            EWC(bad)
+    with pytest.raises(ValueError, match="Module"):
+        EWC(1.0).penalty("not a model")
+
+
 def test_l2_errors_and_usage_errors():
     with pytest.raises(ValueError, match="lam"):
         L2Anchor(-0.5)

@@ -129,6 +129,27 @@ def test_tied_and_reused_weights_take_the_general_path():
         _close(got, _naive(model, x, y, kind), 1e-10)
 
 
+class _RowsNotSamples(nn.Module):
+    """A Linear applied to positions merged into the batch, one called by keyword, one on a shared constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos, self.kw, self.const, self.out = nn.Linear(3, 4), nn.Linear(8, 5), nn.Linear(2, 5), nn.Linear(5, 3)
+        self.register_buffer("c", torch.ones(1, 2))
+
+    def forward(self, x):  # x: N×6, read as 2 positions of 3 features
+        h = torch.tanh(self.pos(x.reshape(-1, 3))).reshape(len(x), 8)  # rows of `pos` are 2N positions
+        h = torch.tanh(self.kw(input=h) + self.const(self.c))  # `const` sees one row for the whole batch
+        return self.out(h)
+
+
+def test_layers_whose_rows_are_not_samples_take_the_general_path():
+    model = _RowsNotSamples().double()
+    x, y = torch.randn(17, 6, dtype=torch.float64), torch.randint(0, 3, (17,))
+    for kind in ("true", "empirical"):
+        _close(fisher_diagonal(model, x, y, kind=kind, batch_size=6), _naive(model, x, y, kind), 1e-10)
+
+
 def test_linear_layers_never_form_per_sample_gradients(monkeypatch):
     import cl_utils.fisher as fisher
 
@@ -313,6 +334,10 @@ def test_errors():
         fisher_diagonal(model, x, head=torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="nn.Module"):
         fisher_diagonal(lambda t: t, x)
+    with pytest.raises(ValueError, match="kind"):
+        fisher_matrix(model, x, kind="hessian")
+    with pytest.raises(ValueError):
+        fisher_matrix(model, x, y[:-1], kind="empirical")
     with pytest.raises(ValueError, match="max_params"):
         fisher_matrix(MLP(), x.new_zeros(2, 784))
     frozen = MLP(4, (3,), 2).requires_grad_(False)

@@ -31,6 +31,8 @@ def test_mlp_shapes_names_and_heads():
 def test_mlp_errors():
     with pytest.raises(ValueError, match="hidden"):
         MLP(hidden=(0,))
+    with pytest.raises(ValueError, match=r"\(400,\) for one layer"):
+        MLP(hidden=400)
     with pytest.raises(ValueError, match="activation"):
         MLP(activation="gelu2")
     with pytest.raises(ValueError, match="N×784"):
@@ -84,6 +86,12 @@ def test_train_input_errors(small_split):
             train(m, small_split[0], progress=False, **kwargs)
     with pytest.raises(ValueError, match="evaluate needs"):
         evaluate(m, [])
+    with pytest.raises(ValueError, match="outputs"):  # labels 0/1 of a task, a model with one output
+        train(MLP(small_split[0].train_x.shape[1], (8,), 1), small_split[0], progress=False)
+    with pytest.raises(ValueError, match="no parameters"):
+        train(torch.nn.ReLU(), small_split[0], progress=False)
+    with pytest.raises(ValueError, match="Module"):
+        train("model", small_split[0], progress=False)
 
 
 def test_penalty_is_added_to_the_loss(small_split):

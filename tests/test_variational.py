@@ -472,6 +472,9 @@ def test_weight_noise_table_rows_and_summary():
     summary = E.weight_noise_summary([run, run])
     assert summary["runs"] == 2 and -1 <= summary["spearman_error"] <= 1
     assert summary["rows"][0]["error std"] == 0.0
+    for r, cells in zip(run["rows"], E.weight_noise_table_rows(summary)):  # the cap came first: marked, both runs
+        assert isinstance(r["capped"], bool) and r["capped"] == (r["epochs_run"] - r["epochs"] < sizes.patience)
+        assert cells["epochs"].endswith(" (cap: 2/2)") == r["capped"]
     text = E.format_weight_noise_table(summary)
     assert "Adaptive weight noise" in text and "0.286" in text and "±" in text and "vs uniform" in text
     assert E._ranks([3, 1, 2, 2]) == [4.0, 1.0, 2.5, 2.5]
@@ -572,3 +575,23 @@ def test_reproduce_weight_noise_table_command(monkeypatch, capsys):
     assert main(["reproduce", "weight-noise-table", "--fast", "--no-progress", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "Graves" in text and "Spearman" in text and "Pruning" in text
+
+
+def test_models_mixing_variational_and_point_parameters_are_refused():
+    """make_variational keeps no point estimate behind; complexity_loss refuses a hand-mixed model."""
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="only nn.Linear layers"):
+        V.make_variational(nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)), init_var=0.01)
+    mixed = nn.Sequential(V.VariationalLinear(4, 3, init_var=0.01), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="mixing variational layers and point-estimate"):
+        V.complexity_loss(mixed, V.GaussianPrior(0.0, 0.1))
+
+
+def test_local_noise_has_finite_gradients_where_the_output_variance_is_zero():
+    """No bias and an all-zero input row: the output's variance is 0 there, and sqrt must not make the gradient NaN."""
+    torch.manual_seed(0)
+    layer = V.VariationalLinear(4, 3, bias=False, init_var=0.01).double().train()
+    x = torch.zeros(2, 4, dtype=D64)
+    x[1] = 1.0
+    layer(x).square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,9 @@ def _dedupe_scripts(app: Any, pagename: str, templatename: str, context: dict, d
 
 
 def setup(app: Any) -> dict[str, Any]:
+    # The notebooks' kernels inherit this process's environment: however the book is built (the README command or a
+    # plain `jupyter-book build .`), cl_utils then emits offline HTML figures and no progress widgets.
+    os.environ.setdefault("CL_BOOK_BUILD", "1")
     app.connect("builder-inited", _add_scripts)
     app.connect("build-finished", _copy_plotly)
     app.connect("html-page-context", _dedupe_scripts, priority=900)
