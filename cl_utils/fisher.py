@@ -210,7 +210,7 @@ class _Recorder:
             ):
                 self.modules[m] = name
         self.on = True
-        self.calls: dict[nn.Module, list[tuple[Tensor, Tensor, int, int]]] = {}
+        self.calls: dict[nn.Module, list[tuple[Tensor, Tensor, int, int] | None]] = {}
         self.handles = [m.register_forward_hook(self._hook, with_kwargs=True) for m in self.modules]
 
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> None:
