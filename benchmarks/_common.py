@@ -20,7 +20,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cl_utils.training import default_device  # noqa: E402
+from cl_utils.devices import as_device  # noqa: E402
 
 
 def device_arg(ap: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def device_arg(ap: argparse.ArgumentParser) -> None:
 
 
 def pick_device(name: str | None) -> torch.device:
-    return torch.device(name) if name else default_device()
+    return as_device(name or None)  # '' (an empty --device) means the default too
 
 
 def sync(device: torch.device) -> None:

@@ -38,7 +38,6 @@ def main() -> None:
     if proc.returncode != 0:
         sys.exit(f"reproduce split-mnist failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     data = json.loads(proc.stdout)
-    data = data.get("data", data)
     seconds = data["table_seconds"]
     goal = GOALS.get(device.type, {}).get("table_seconds")
     print(f"split-MNIST table on {device}: {seconds / 60:.1f} min ({data['seeds']} seeds; process {wall / 60:.1f} min)"

@@ -2,9 +2,10 @@
 
 Modules, in the order of their imports (each uses only those above it):
 
+- ``checks``          argument checks shared by the modules (``positive_int``, ``nonnegative_int``)
 - ``config``          experiment sizes for the full book and fast mode (``CL_FAST=1``), read in one place
 - ``progress``        progress bars that stay out of the static book
-- ``devices``         ``default_device``: CUDA, then MPS, then the CPU (``$CL_DEVICE`` overrides)
+- ``devices``         ``default_device``: CUDA, then MPS, then the CPU (``$CL_DEVICE`` overrides); ``as_device``
 - ``data``            MNIST files → tensors; :class:`~cl_utils.data.Task`; ``permuted_mnist``, ``split_mnist``
 - ``models``          the MLP (single- or multi-head)
 - ``autodiff``        chapter 1: forward/backward by hand, the computation graph

@@ -19,16 +19,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _default_seeds(name: str) -> int:
-    """The number of seeds ``reproduce name`` runs without ``--seeds`` in full mode (what the book shows)."""
-    from .config import get_config
-    from .experiments import EXPERIMENTS
-
-    cfg, exp = get_config(fast=False), EXPERIMENTS[name]
-    return exp.default_seeds(cfg) if exp.default_seeds else cfg.seeds
-
-
 def _parser() -> argparse.ArgumentParser:
+    from .config import get_config
     from .experiments import EXPERIMENTS
 
     p = argparse.ArgumentParser(
@@ -44,12 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--root", help="directory to look in first")
     d.add_argument("--no-download", action="store_true", help="fail instead of downloading when no files are found")
 
-    names = sorted(EXPERIMENTS)
+    names, full = sorted(EXPERIMENTS), get_config(fast=False)
     r = sub.add_parser(
         "reproduce",
         help="rerun a chapter's experiment headless and print its table",
         description="Experiments (default seeds in full mode, as in the book):\n"
-        + "\n".join(f"  {n:<22} {EXPERIMENTS[n].description} [{_default_seeds(n)} seed(s)]" for n in names),
+        + "\n".join(f"  {n:<22} {EXPERIMENTS[n].description} [{EXPERIMENTS[n].seeds_for(full)} seed(s)]"
+                  for n in names),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("name", choices=names, metavar="NAME", help="one of: " + ", ".join(names))

@@ -23,6 +23,9 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
+from .checks import positive_int
+from .regularizers import _check_positive, _design
+
 __all__ = ["Gaussian", "Stats", "log_likelihood", "posterior", "log_evidence", "predictive", "two_task_terms",
            "regression_design", "sign_accuracy"]
 
@@ -73,8 +76,7 @@ class Gaussian:
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
         """``n`` draws (rows), ``mean + L⁻ᵀ z`` with ``Λ = L Lᵀ`` and ``z`` standard normal (CPU generator)."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        positive_int("n", n)
         z = torch.randn(self.dim, n, generator=generator, dtype=torch.float64).to(self.mean.device)
         L = _cholesky(self.precision, "precision")
         return self.mean + torch.linalg.solve_triangular(L.T, z, upper=True).T
@@ -112,10 +114,7 @@ class Stats:
     @classmethod
     def of(cls, X: Tensor, y: Tensor) -> Stats:
         """The statistics of ``(X, y)``, computed in float64."""
-        if not isinstance(X, Tensor) or not isinstance(y, Tensor) or X.ndim != 2 or y.shape != (X.shape[0],):
-            raise ValueError(f"need X of shape N×D and y of length N, got {getattr(X, 'shape', X)} and "
-                             f"{getattr(y, 'shape', y)}")
-        X, y = X.double(), y.double()
+        X, y = _design(X, y)
         return cls(X.T @ X, X.T @ y, y @ y, len(y))
 
     @property
@@ -136,18 +135,27 @@ class Stats:
 Data = Union[Stats, "tuple[Tensor, Tensor]"]
 
 
+def _check_dim(features: int, dim: int | None) -> None:
+    if dim is not None and features != dim:
+        raise ValueError(f"the data have {features} features but the Gaussian has dimension {dim}")
+
+
+def _pair(data: Data, dim: int | None, noise_var: float) -> tuple[Tensor, Tensor]:
+    """``data = (X, y)`` checked (shapes, ``dim`` features, σ² > 0) and in float64, without forming XᵀX."""
+    _check_positive(noise_var=noise_var)
+    X, y = _design(*data)
+    _check_dim(X.shape[1], dim)
+    return X, y
+
+
 def _stats(data: Data, dim: int | None, noise_var: float) -> Stats:
-    if not isinstance(noise_var, (int, float)) or isinstance(noise_var, bool) or not noise_var > 0:
-        raise ValueError(f"noise_var must be a number > 0, got {noise_var!r}")
+    _check_positive(noise_var=noise_var)
     if isinstance(data, Stats):
-        st = data
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        st = Stats.of(*data)
-    else:
-        raise ValueError(f"data must be an (X, y) pair or a Stats, got {type(data).__name__}")
-    if dim is not None and st.dim != dim:
-        raise ValueError(f"the data have {st.dim} features but the Gaussian has dimension {dim}")
-    return st
+        _check_dim(data.dim, dim)
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return Stats.of(*_pair(data, dim, noise_var))
+    raise ValueError(f"data must be an (X, y) pair or a Stats, got {type(data).__name__}")
 
 
 def log_likelihood(theta: Tensor, data: Data, noise_var: float) -> Tensor:
@@ -156,9 +164,8 @@ def log_likelihood(theta: Tensor, data: Data, noise_var: float) -> Tensor:
     ``data`` is ``(X, y)`` or their :class:`Stats`.
     """
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
-        X, y = data
-        _stats((X[:1], y[:1]), theta.shape[-1], noise_var)  # validates shapes and σ² cheaply
-        sq = ((y.double() - theta.double() @ X.double().T) ** 2).sum(-1)
+        X, y = _pair(data, theta.shape[-1], noise_var)
+        sq = ((y - theta.double() @ X.T) ** 2).sum(-1)
         n = len(y)
     else:
         st = _stats(data, theta.shape[-1], noise_var)
@@ -190,8 +197,7 @@ def log_evidence(prior: Gaussian, data: Data, noise_var: float, *, method: str =
     if method == "function":
         if isinstance(data, Stats):
             raise ValueError("method='function' needs data=(X, y), not Stats")
-        _stats(data, prior.dim, noise_var)
-        X, y = data[0].double(), data[1].double()
+        X, y = _pair(data, prior.dim, noise_var)
         K = X @ prior.cov @ X.T + noise_var * torch.eye(len(y), dtype=X.dtype)
         L = _cholesky(0.5 * (K + K.T), "the evidence covariance")
         r = torch.linalg.solve_triangular(L, (y - X @ prior.mean)[:, None], upper=False)[:, 0]

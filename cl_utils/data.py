@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import nonnegative_int
 from .devices import as_device
 
 __all__ = [
@@ -367,8 +368,7 @@ def permuted_mnist(
     """
     if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks < 1:
         raise ValueError(f"n_tasks must be an integer >= 1, got {n_tasks!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    nonnegative_int("seed", seed)
     data, device = _resolve(data, device)
     g = torch.Generator().manual_seed(seed)
     d = data.train_x.shape[1]

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checks import nonnegative_int, positive_int
 from .data import Task
 from .fisher import KINDS, fisher_diagonal
 
@@ -184,20 +185,18 @@ class EWC:
             raise ValueError(f"unknown fisher_kind {fisher_kind!r}; choose one of {KINDS}")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
-        if _real(gamma) is None or not 0.0 <= _real(gamma) <= 1.0:
+        gamma_value = _real(gamma)
+        if gamma_value is None or not 0.0 <= gamma_value <= 1.0:
             raise ValueError(f"gamma must be a real number in [0, 1], got {gamma!r}")
-        gamma = _real(gamma)
         if fisher_samples is not None and (
             isinstance(fisher_samples, bool) or not isinstance(fisher_samples, int) or fisher_samples < 1
         ):
             raise ValueError(f"fisher_samples must be a positive integer or None (all samples), got {fisher_samples!r}")
-        if isinstance(fisher_batch_size, bool) or not isinstance(fisher_batch_size, int) or fisher_batch_size < 1:
-            raise ValueError(f"fisher_batch_size must be a positive integer, got {fisher_batch_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        positive_int("fisher_batch_size", fisher_batch_size)
+        nonnegative_int("seed", seed)
         self.fisher_kind = fisher_kind
         self.mode = mode
-        self.gamma = float(gamma)
+        self.gamma = gamma_value
         self.fisher_samples = fisher_samples
         self.fisher_batch_size = fisher_batch_size
         self.seed = seed
@@ -209,15 +208,11 @@ class EWC:
 
     def importance(self, model: nn.Module, task: Task) -> dict[str, Tensor]:
         """The Fisher diagonal of ``model`` on ``task``'s training data (its head), averaged over the samples."""
-        x, y = task.train_x, task.train_y
-        n = self.fisher_samples
-        if n is not None and n < len(y):
-            g = torch.Generator().manual_seed(self.seed + self.consolidations)
-            idx = torch.randperm(len(y), generator=g)[:n].to(y.device)
-            x, y = x[idx], y[idx]
+        seed = self.seed + self.consolidations  # the subset and the sampled labels: new for every consolidation
+        sub = task.subset(self.fisher_samples, seed=seed)  # all training samples when fisher_samples is None
         batch = self.fisher_batch_size if self.fisher_kind == "batched" else _CHUNK
-        return fisher_diagonal(model, x, y, kind=self.fisher_kind, batch_size=batch, head=task.head,
-                               generator=self.seed + self.consolidations)
+        return fisher_diagonal(model, sub.train_x, sub.train_y, kind=self.fisher_kind, batch_size=batch,
+                               head=task.head, generator=seed)
 
     # ------------------------------------------------------------------------------------------- interface
 

@@ -16,7 +16,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .checks import positive_int
 from .config import Config, get_config
+from .devices import as_device
 
 __all__ = ["Experiment", "ExperimentResult", "EXPERIMENTS", "experiment", "reproduce", "format_table", "mean_std"]
 
@@ -45,6 +47,10 @@ class Experiment:
     description: str
     run: Callable[..., ExperimentResult]
     default_seeds: Callable[[Config], int] | None = None
+
+    def seeds_for(self, cfg: Config) -> int:
+        """The number of seeds run without an explicit one (what the book shows in full mode)."""
+        return self.default_seeds(cfg) if self.default_seeds else cfg.seeds
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -92,8 +98,7 @@ def reproduce(
     except RuntimeError as e:
         raise ValueError(f"bad device {device!r}: {e}") from None
     start = time.perf_counter()
-    default_seeds = EXPERIMENTS[name].default_seeds
-    seeds = seeds or (default_seeds(cfg) if default_seeds else cfg.seeds)
+    seeds = seeds or EXPERIMENTS[name].seeds_for(cfg)
     result = EXPERIMENTS[name].run(cfg, seeds=seeds, device=dev, progress=progress)
     result.data.setdefault("fast", cfg.fast)
     result.data.setdefault("device", str(dev))
@@ -225,7 +230,6 @@ def weight_noise_data(sizes: Any, *, seed: int = 0, device: torch.device | str |
     """The chapter's data: a ``Task`` (``sizes.n_train`` training digits, ``sizes.n_test`` test digits) and the
     validation pair ``(x, y)`` (``sizes.n_val`` further training digits, disjoint from the training ones)."""
     from .data import Task, load_mnist
-    from .training import default_device
 
     data = load_mnist()
     if sizes.n_train + sizes.n_val > len(data.train_y):
@@ -234,7 +238,7 @@ def weight_noise_data(sizes: Any, *, seed: int = 0, device: torch.device | str |
     perm = torch.randperm(len(data.train_y), generator=g)
     tr, va = perm[: sizes.n_train], perm[sizes.n_train : sizes.n_train + sizes.n_val]
     te = torch.randperm(len(data.test_y), generator=g)[: sizes.n_test].sort().values
-    dev = torch.device(device) if device is not None else default_device()
+    dev = as_device(device)
     task = Task("mnist", data.train_x[tr], data.train_y[tr], data.test_x[te], data.test_y[te]).to(dev)
     return task, (data.train_x[va].to(dev), data.train_y[va].to(dev))
 
@@ -546,7 +550,7 @@ def weight_noise_table_experiment(cfg: Config, *, seeds: int, device: torch.devi
             f"\nSpearman rank correlation of the errors with Graves': {summary['spearman_error']:.2f}"
             f"\n\nPruning (seed 0):\n" + format_table(prune_rows))
     data = {"summary": summary, "pruning": r0["pruning"], "mlp": r0["mlp"], "n_train": r0["n_train"],
-            "runs": [[{k: v for k, v in row.items()} for row in run["rows"]] for run in runs]}
+            "runs": [run["rows"] for run in runs]}
     return ExperimentResult("weight-noise-table", text, data)
 
 
@@ -711,6 +715,8 @@ def summarize_runs(mats: Sequence[Sequence[Sequence[float]]]) -> dict[str, Any]:
     """
     if isinstance(mats, (str, bytes)) or not hasattr(mats, "__len__") or len(mats) == 0:
         raise ValueError("summarize_runs needs a non-empty sequence of accuracy matrices, one per seed")
+    from .training import _seen_average
+
     try:
         R = torch.stack([torch.as_tensor(m, dtype=torch.float64) for m in mats])  # seeds × rows × T
     except (TypeError, ValueError, RuntimeError) as e:
@@ -720,8 +726,7 @@ def summarize_runs(mats: Sequence[Sequence[Sequence[float]]]) -> dict[str, Any]:
                          f"{tuple(R.shape[1:])}")
     rows, T = R.shape[1], R.shape[2]
     if rows == T:
-        mask = torch.ones(T, T, dtype=torch.bool).tril()
-        avg = (R * mask).sum(2) / mask.sum(1)  # seeds × T
+        avg = _seen_average(R)  # seeds × T
     else:
         avg = R.mean(2)
     finals = R[:, -1].mean(1).tolist()
@@ -758,8 +763,7 @@ def continual_table(
     many small kernel launches, and runs separately on a CPU, where stacking does not pay (the full split-MNIST
     table took 11.9 min stacked and 12.3 min separately on 2 cores).
     """
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
+    positive_int("seeds", seeds)
     unknown = [m for m in methods if m not in SPLIT_METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {SPLIT_METHODS}")
@@ -981,14 +985,10 @@ def ewc_lambda_grid(
     """
     from .sweeps import ewc_lambda_sweep
 
-    lams = [float(v) for v in lams]
-    if not lams:
-        raise ValueError("lams must hold at least one λ")
-    tasks = list(tasks)
     sweep = ewc_lambda_sweep(model, tasks, lams, fisher_kind=fisher_kind,
                              ewc=dict(mode=mode, gamma=gamma, fisher_samples=fisher_samples), epochs=epochs,
                              batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed, progress=progress)
-    return {"lams": lams, "names": sweep.names, "accuracy": sweep.accuracy}
+    return {"lams": sweep.lams, "names": sweep.names, "accuracy": sweep.accuracy}
 
 
 def fisher_kinds_sweep(
@@ -1069,8 +1069,7 @@ def lambda_search(
     """
     from .data import SCENARIOS
 
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
+    positive_int("seeds", seeds)
     if not methods or any(m not in REGULARIZED for m in methods):
         raise ValueError(f"methods must be a non-empty subset of {REGULARIZED}, got {list(methods)}")
     allowed = (*SCENARIOS, "permuted")
@@ -1079,9 +1078,9 @@ def lambda_search(
     grid = grid or LAMBDA_SEARCH_GRID
     if any(m not in grid for m in methods):
         raise ValueError(f"grid must give a list of λ for every method of {list(methods)}")
-    grid = {m: [float(v) for v in grid[m]] for m in methods}
-    if any(not grid[m] or any(not math.isfinite(v) or v < 0 for v in grid[m]) for m in methods):
-        raise ValueError(f"every method needs at least one λ >= 0 in its grid, got {grid}")
+    from .sweeps import _check_grid
+
+    grid = {m: _check_grid(grid[m], f"grid[{m!r}]") for m in methods}  # at least one finite λ >= 0 per method
     s = cfg.ewc
     split = [sc for sc in scenarios if sc != "permuted"]
     sequences = {sc: _validation_tasks(t) for sc, t in split_mnist_tasks(cfg, device, scenarios=split).items()} \

@@ -37,6 +37,7 @@ from torch.func import functional_call, grad, vmap
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from .checks import positive_int
 from .models import forward
 
 __all__ = ["KINDS", "fisher_diagonal", "fisher_matrix", "parameter_names"]
@@ -80,8 +81,7 @@ def _check(
         raise ValueError(f"inputs must be a tensor with one sample per row, got {type(inputs).__name__}")
     if inputs.ndim == 0 or len(inputs) == 0:
         raise ValueError(f"inputs is empty (shape {tuple(inputs.shape)}); the Fisher needs at least one sample")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    positive_int("batch_size", batch_size)
     n = len(inputs)
     if targets is None:
         if kind in ("empirical", "batched"):
@@ -173,6 +173,18 @@ def _output_vectors(
     if kind == "sampled":
         y = torch.multinomial(p.float(), 1, generator=generator).squeeze(1)
     return (p - F.one_hot(y, c).to(p.dtype))[None]
+
+
+def _chunk_vectors(
+    logits: Tensor, kind: str, y: Tensor | None, s: slice, generator: torch.Generator | None
+) -> Tensor:
+    """:func:`_output_vectors` for the chunk ``s`` of the data, after checking the logits' shape and (on the first
+    chunk, once for all the targets) that the empirical kind's targets index the logits."""
+    if logits.ndim != 2:
+        raise ValueError(f"the model must return N×C logits, got shape {tuple(logits.shape)}")
+    if y is not None and s.start == 0 and kind == "empirical":
+        _check_targets(y, logits.shape[-1])
+    return _output_vectors(logits, kind, y[s] if y is not None else None, generator)
 
 
 # ------------------------------------------------------------------------------------------------ fast path
@@ -369,11 +381,7 @@ def fisher_diagonal(
                 with _ParamUses(params) as uses:
                     logits = forward(model, x[s], _head_at(head, s))
                 recorder.on = False
-                if logits.ndim != 2:
-                    raise ValueError(f"the model must return N×C logits, got shape {tuple(logits.shape)}")
-                if y is not None and s.start == 0 and kind == "empirical":
-                    _check_targets(y, logits.shape[-1])
-                v = _output_vectors(logits, kind, y[s] if y is not None else None, gen)  # K×n×C
+                v = _chunk_vectors(logits, kind, y, s, gen)  # K×n×C
                 fast = recorder.usable(uses.count, s.stop - s.start)
                 done: set[str] = set()
                 deltas: list[Tensor | None] = []
@@ -444,11 +452,7 @@ def fisher_matrix(
         for s in _chunks(n, batch_size):
             with torch.no_grad():
                 logits = forward(model, x[s], _head_at(head, s))
-            if logits.ndim != 2:
-                raise ValueError(f"the model must return N×C logits, got shape {tuple(logits.shape)}")
-            if y is not None and s.start == 0 and kind == "empirical":
-                _check_targets(y, logits.shape[-1])
-            v = _output_vectors(logits, kind, y[s] if y is not None else None, gen)
+            v = _chunk_vectors(logits, kind, y, s, gen)
             for _, g in _per_sample_grads(model, params, x[s], _head_at(head, s), v):
                 flat = torch.cat([gk.reshape(gk.shape[0] * gk.shape[1], -1) for gk in g.values()], dim=1)
                 fisher += flat.t() @ flat

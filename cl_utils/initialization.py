@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import positive_int
 from .models import MLP
 
 __all__ = ["SCHEMES", "BIASES", "init_std", "initialize_", "deep_mlp", "signal_stats"]
@@ -86,8 +87,7 @@ def deep_mlp(depth: int, width: int, activation: str, scheme: str, *, first: str
              in_features: int = 784, out_features: int = 10, seed: int = 0) -> MLP:
     """An :class:`~cl_utils.models.MLP` with ``depth`` hidden layers of ``width`` units, initialised by
     :func:`initialize_` (``scheme``, ``first``, ``bias``, ``seed``)."""
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-        raise ValueError(f"depth must be a positive integer, got {depth!r}")
+    positive_int("depth", depth)
     model = MLP(in_features, (width,) * depth, out_features, activation=activation)
     return initialize_(model, scheme, first=first, bias=bias, seed=seed)
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checks import positive_int
+
 __all__ = [
     "LaplaceGaussian",
     "GridPosterior",
@@ -94,17 +96,12 @@ class LaplaceGaussian:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` draws (n×d): mean + L⁻ᵀ ε with H = L Lᵀ."""
-        _positive_int("n", n)
+        positive_int("n", n)
         eps = torch.randn(n, self.dim, dtype=self.mean.dtype, device=self.mean.device, generator=generator)
         if self.diagonal:
             return self.mean + eps / self.precision.sqrt()
         chol = torch.linalg.cholesky(self.precision)
         return self.mean + torch.linalg.solve_triangular(chol.t(), eps.t(), upper=True).t()
-
-
-def _positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _as_vector(theta: Tensor | Sequence[float], name: str = "theta0") -> Tensor:
@@ -133,7 +130,7 @@ def find_mode(u: NegLogJoint, theta0: Tensor | Sequence[float], *, steps: int = 
     Stops when the Newton decrement is below ``tol``; steps that leave the domain (``u`` not finite) are halved.
     Raises ``ValueError`` if ``steps`` iterations do not converge.
     """
-    _positive_int("steps", steps)
+    positive_int("steps", steps)
     f = _scalar_fn(u)
     theta = _as_vector(theta0)
     value = f(theta).detach()

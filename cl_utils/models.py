@@ -7,6 +7,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from .checks import positive_int
+
 __all__ = ["MLP", "forward"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
@@ -34,8 +36,7 @@ class MLP(nn.Module):
             raise ValueError(f"hidden must be a sequence of layer widths, e.g. ({hidden},) for one layer; got {hidden!r}")
         hidden = tuple(hidden)
         for name, value in (("in_features", in_features), ("out_features", out_features), ("heads", heads)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, value)
         if any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
             raise ValueError(f"hidden must be a sequence of positive integers, got {hidden!r}")
         if activation not in _ACTIVATIONS:

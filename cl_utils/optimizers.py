@@ -20,6 +20,8 @@ from typing import Callable, Iterable, Union
 import torch
 from torch import Tensor
 
+from .checks import nonnegative_int
+
 __all__ = ["SGD", "Adam", "Adadelta", "Rule", "MOMENTUM", "NAMES", "rule", "rules", "trajectory", "torch_trajectory"]
 
 State = dict[str, Union[Tensor, int]]
@@ -179,8 +181,7 @@ def _check(rule: Rule, loss_fn: LossFn, theta0: Tensor, steps: int) -> None:
         raise ValueError("loss_fn must be a callable loss_fn(theta, step) -> scalar tensor")
     if not isinstance(theta0, Tensor) or not theta0.is_floating_point():
         raise ValueError("theta0 must be a floating-point tensor")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    nonnegative_int("steps", steps)
 
 
 def _grad(loss_fn: LossFn, theta: Tensor, step: int) -> Tensor:

@@ -24,7 +24,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-import torch
 import plotly.io as pio
 from plotly.io.base_renderers import MimetypeRenderer
 
@@ -150,6 +149,8 @@ def ellipse(mean: Any, cov: Any, r: float = 2.0, *, points: int = 120) -> tuple[
 
     In two dimensions the r-σ ellipse holds 1 − exp(−r²/2) of the mass (39 % for r = 1, 86 % for r = 2).
     """
+    import torch  # here, not at the top: the rest of the module needs plotly only
+
     mean = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
     cov = torch.as_tensor(cov, dtype=torch.float64)
     if mean.shape != (2,) or cov.shape != (2, 2):

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .checks import positive_int
 from .data import Task
 from .progress import progress_bar
-from .training import SequenceResult, _check_positive_int, _stack, evaluate, make_optimizer, train
+from .training import SequenceResult, _seen_average, _stack, evaluate, make_optimizer, train
 
 __all__ = [
     "stack_copies",
@@ -65,7 +66,7 @@ def stack_copies(model: nn.Module | Sequence[nn.Module], k: int | None = None) -
     A stacked tensor requires grad when the first model's parameter does (frozen parameters stay frozen).
     """
     if isinstance(model, nn.Module):
-        _check_positive_int("k", k)
+        positive_int("k", k)
         models = [model] * k
     else:
         models = list(model)
@@ -175,8 +176,8 @@ def _fit_stacked(
 ) -> dict[str, Any]:
     """The loop of :func:`train_stacked`. ``scale="n·mean"`` minimises N × the mean minibatch loss instead (the
     whole-data-set estimate that :func:`cl_utils.variational.train_variational` uses)."""
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("batch_size", batch_size)
+    positive_int("epochs", epochs)
+    positive_int("batch_size", batch_size)
     k = _copies(params)
     if sorted(n for n, _ in model.named_parameters()) != sorted(params) or any(
         params[n].shape[1:] != p.shape for n, p in model.named_parameters()
@@ -304,9 +305,7 @@ class SweepResult:
     @property
     def average_accuracy(self) -> Tensor:
         """K×T: mean accuracy over the tasks seen so far, after each task, for each grid value."""
-        T = len(self.names)
-        mask = torch.ones(T, T, dtype=torch.bool).tril()
-        return (self.accuracy * mask).sum(2) / mask.sum(1)
+        return _seen_average(self.accuracy)
 
     @property
     def final_average(self) -> Tensor:

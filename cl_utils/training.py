@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import optimizers as _optimizers
+from .checks import nonnegative_int, positive_int
 from .data import Task
 from .devices import default_device
 from .models import forward
@@ -63,8 +64,6 @@ def _model_device(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def _check_labels(model: nn.Module, x: Tensor, y: Tensor, head: int | Tensor | None) -> None:
     """Labels must index the model's outputs (on a GPU a wrong one would stop in an opaque device-side assert)."""
-    if len(y) == 0:
-        raise ValueError("the task has no training samples")
     was_training = model.training
     model.eval()  # no dropout or weight noise: this forward pass draws no random numbers
     n_out = forward(model, x[:1], head[:1] if isinstance(head, Tensor) else head).shape[-1]
@@ -74,10 +73,16 @@ def _check_labels(model: nn.Module, x: Tensor, y: Tensor, head: int | Tensor | N
         raise ValueError(f"labels run from {low} to {high}, but the model has {n_out} outputs")
 
 
+def _seen_average(R: Tensor) -> Tensor:
+    """Mean accuracy over the tasks seen so far, after each task: ``mean_j<=i R[..., i, j]`` for ``...×T×T``."""
+    T = R.shape[-1]
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    return (R * mask).sum(-1) / mask.sum(1)
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices), so that a run repeats exactly on the same device."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    nonnegative_int("seed", seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -94,11 +99,6 @@ def make_optimizer(params: Any, optimizer: OptimizerSpec, lr: float) -> torch.op
     if callable(optimizer):
         return optimizer(params)
     raise ValueError(f"optimizer must be a name, a torch optimizer or a factory, got {optimizer!r}")
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _stack(tasks: Task | Sequence[Task], split: str) -> tuple[Tensor, Tensor, Tensor | int | None]:
@@ -145,10 +145,10 @@ def train(
     Returns a history dict: ``loss`` (per step, CPU tensor), ``train_accuracy`` (per epoch), ``eval_steps`` and
     ``eval_accuracy`` (rows: evaluations, columns: ``eval_tasks``; empty when not asked), ``steps``, ``seconds``.
     """
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("batch_size", batch_size)
+    positive_int("epochs", epochs)
+    positive_int("batch_size", batch_size)
     if eval_every is not None:
-        _check_positive_int("eval_every", eval_every)
+        positive_int("eval_every", eval_every)
         if not eval_tasks:
             raise ValueError("eval_every needs eval_tasks")
     if penalty is not None and not callable(penalty):
@@ -257,9 +257,7 @@ class SequenceResult:
     @property
     def average_accuracy(self) -> Tensor:
         """Mean accuracy over the tasks seen so far, after each task: ``mean_j<=i R[i, j]``."""
-        T = len(self.names)
-        mask = torch.ones(T, T, dtype=torch.bool).tril()
-        return (self.accuracy * mask).sum(1) / mask.sum(1)
+        return _seen_average(self.accuracy)
 
     @property
     def final_average(self) -> float:

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import positive_int
 from .models import forward
 from .progress import progress_bar
 
@@ -132,8 +133,7 @@ class VariationalLinear(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, value)
         _check_positive("init_var (σ²)", init_var)
         kw = dict(device=device, dtype=dtype)
         self.in_features, self.out_features = in_features, out_features
@@ -777,11 +777,10 @@ def train_variational(
     ``best_epoch`` (1-based: the epoch of the lowest validation error, the one kept when ``patience`` is given; the
     last epoch without ``val``), ``epochs_run``, ``prior`` (α at the end), ``steps``, ``seconds``.
     """
-    from .training import OPTIMIZERS
+    from .training import OPTIMIZERS, _model_device
 
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        positive_int(name, value)
     _check_samples(samples)
     if prior is not None:
         _check_prior(prior)
@@ -795,7 +794,7 @@ def train_variational(
     if patience is not None and (val is None or not isinstance(patience, int) or patience < 1):
         raise ValueError("patience must be a positive integer and needs val=(x, y)")
     x, y = task.train_x, task.train_y
-    device = next(model.parameters()).device
+    device = _model_device(model)
     if x.device != device:
         raise ValueError(f"the task's data is on {x.device} but the model is on {device}")
     params = [p for p in model.parameters() if p.requires_grad]

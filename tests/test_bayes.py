@@ -123,6 +123,12 @@ def test_errors(toy):
         Gaussian(torch.zeros(2), torch.eye(3))
     with pytest.raises(ValueError, match="pair or a Stats"):
         bayes.posterior(prior, a[0], s2)
+    X, y = a
+    for short in ((X, y[:1]), (X[:1], y)):  # N must match in full, not only in the first row
+        with pytest.raises(ValueError, match="length N"):
+            bayes.log_likelihood(prior.mean, short, s2)
+        with pytest.raises(ValueError, match="length N"):
+            bayes.log_evidence(prior, short, s2, method="function")
 
 
 def test_regression_design_and_sign_accuracy():
